@@ -115,7 +115,9 @@ class CompressedHFLM(HFLM):
             )
         logger.info("Loading the reference model %s", reference_path)
         model_kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-        if getattr(self.model, "hf_device_map", None):
+        # Spread the reference over devices only when the compressed model is spread too;
+        # a one-device map (what --device cuda:0 gives) means: put it where the model is.
+        if len(set((getattr(self.model, "hf_device_map", None) or {}).values())) > 1:
             model_kwargs["device_map"] = "auto"
         model = transformers.AutoModelForCausalLM.from_pretrained(
             reference_path, dtype=get_dtype(hf_kwargs.get("dtype", "auto")), **model_kwargs

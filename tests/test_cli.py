@@ -1,7 +1,8 @@
 """The stock lm_eval command line finds lcc's model and tasks with no --include_path.
 
-Each lm_eval start costs about 30 s (17 s of it indexing the harness's task configs), so
-this file keeps to one end-to-end run; everything else is tested through the Python API.
+Each lm_eval start costs about 30 s, 17 s of it indexing the harness's task configs. This
+file therefore keeps to one end-to-end run, and everything else is tested through the
+Python API.
 """
 
 import json
@@ -34,8 +35,10 @@ def test_cli_wikitext_kl_end_to_end(tiny_llama2_dir, wikitext_file, tmp_path):
         "--device", "cpu",
         "--output_path", str(output),
         "--log_samples",
+        "--metadata", f"wikitext_file={wikitext_file}",
     ]
-    environment = {**os.environ, "LCC_WIKITEXT_FILE": str(wikitext_file), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    environment.pop("LCC_WIKITEXT_FILE", None)
     completed = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=900, cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr[-4000:]
 

@@ -9,7 +9,7 @@ from lcc_tasks.sequences import split_into_sequences
 from lcc_tasks.text_sources import python_documentation
 
 
-def test_demo_model_predicts_demo_text_far_better_than_uniform():
+def test_demo_model_beats_uniform():
     lm = CompressedHFLM(pretrained="lcc-tiny-llama", device="cpu", dtype="float32", w_bits=3)
     sequences = split_into_sequences(lm.tokenizer, python_documentation(), 1024)
     assert len(sequences) > 50

@@ -9,7 +9,7 @@ from lcc_models.compression.quantizer import bits_per_weight, fake_quantize
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("symmetric", [False, True])
 @pytest.mark.parametrize("group_size", [32, 128, -1])
-def test_values_lie_on_at_most_2_pow_bits_levels(bits, symmetric, group_size):
+def test_group_levels_at_most_2_pow_bits(bits, symmetric, group_size):
     torch.manual_seed(bits)
     weight = torch.randn(16, 256) * torch.rand(16, 1) * 3
     quantized = fake_quantize(weight, bits, group_size, symmetric)

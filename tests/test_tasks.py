@@ -185,7 +185,7 @@ def test_load_tokenizer_resolves_embedded_name():
     assert tokenizer("x")["input_ids"][0] == tokenizer.bos_token_id
 
 
-def test_kl_task_on_plain_hf_model_names_lcc_compressed(tiny_model_dir, task_manager_factory):
+def test_kl_task_rejects_plain_hf(tiny_model_dir, task_manager_factory):
     manager = task_manager_factory(pretrained=str(tiny_model_dir))
     with pytest.raises(NotImplementedError, match="run only on --model lcc_compressed"):
         lm_eval.simple_evaluate(
