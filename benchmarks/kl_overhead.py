@@ -7,9 +7,9 @@ For each sequence length it prints two ratios. The first is the KL path's wall t
 divided by the time of two plain forward passes (``model(ids).logits``, what ``--model
 hf`` runs). The KL path covers both models' decoder passes, then lm_head, fp32
 log_softmax and the sums over the vocabulary in chunks. The second is the KL path's peak
-memory divided by that of one plain forward. Times are medians over
-``--repeats`` runs; each peak is the largest resident-set growth above the process's size
-after loading the model, measured in a fresh subprocess per mode and length. The model has
+memory divided by that of one plain forward. Times are medians over ``--repeats`` runs.
+Each peak is the largest resident-set growth above the process's size after loading the
+model, measured in a fresh subprocess per mode and length. The model has
 2 layers, hidden size 128 and LLaMA-2's 32,000-token vocabulary, so the logits dominate
 memory the way they do for a 7B model at long context.
 """

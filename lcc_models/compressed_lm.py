@@ -83,6 +83,7 @@ class CompressedHFLM(HFLM):
         _reject_unknown_keys(hf_kwargs, pretrained)
 
         super().__init__(pretrained=pretrained, **hf_kwargs)
+        self._tokenizer_fingerprint = tokenizer_fingerprint(self.tokenizer)
         self.compression_spec = spec
         self.reference_name = reference
         self._reference_model: transformers.PreTrainedModel | None = None
@@ -91,7 +92,6 @@ class CompressedHFLM(HFLM):
         self.compression_report = (
             compress_model(self.model, spec, keep_reference=reference is None) if spec.enabled else None
         )
-        self._tokenizer_fingerprint = tokenizer_fingerprint(self.tokenizer)
 
     # ------------------------------------------------------------------ reference model
 
@@ -107,7 +107,7 @@ class CompressedHFLM(HFLM):
                 f"could not load the tokenizer of reference={reference} to check that it matches pretrained's: "
                 f"{error}. The reference must ship the same tokenizer as the compressed model."
             ) from error
-        if tokenizer_fingerprint(reference_tokenizer) != tokenizer_fingerprint(self.tokenizer):
+        if tokenizer_fingerprint(reference_tokenizer) != self._tokenizer_fingerprint:
             raise ModelArgumentError(
                 f"reference={reference} uses a different tokenizer (vocabulary or special tokens) than "
                 f"pretrained={self.pretrained}, so their next-token distributions cannot be compared. "
@@ -115,8 +115,8 @@ class CompressedHFLM(HFLM):
             )
         logger.info("Loading the reference model %s", reference_path)
         model_kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-        # Spread the reference over devices only when the compressed model is spread too;
-        # a one-device map (what --device cuda:0 gives) means: put it where the model is.
+        # Spread the reference over devices only when the compressed model is spread too.
+        # A one-device map, which --device cuda:0 gives, puts it where the model is.
         if len(set((getattr(self.model, "hf_device_map", None) or {}).values())) > 1:
             model_kwargs["device_map"] = "auto"
         model = transformers.AutoModelForCausalLM.from_pretrained(

@@ -54,7 +54,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 
 def tokenizer_name_from_metadata(metadata: dict[str, Any], task_name: str) -> str:
-    """Return the tokenizer name the harness passed down, or raise an error that says how to pass it."""
+    """Return the tokenizer name the harness passed down, or raise an error that explains how to pass it."""
     name = metadata.get("tokenizer") or metadata.get("pretrained")
     if not name or not isinstance(name, str):
         raise ValueError(

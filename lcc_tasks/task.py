@@ -13,7 +13,7 @@ under ``metadata`` because the harness's ``TaskConfig`` accepts no other custom 
 
 Documents are consecutive ``seq_len``-token sequences of the text, so ``--limit N`` caps
 the number of sequences. Each document is one ``kl_divergence`` request, which only
-``lcc_compressed`` serves; the reply holds per-position statistics of both models.
+``lcc_compressed`` serves. The reply contains per-position statistics of both models.
 """
 
 from __future__ import annotations

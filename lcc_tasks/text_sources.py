@@ -1,4 +1,4 @@
-"""Where the KL tasks get their text: the Hugging Face hub, a local copy, or CPython's docs.
+"""Text sources of the KL tasks: the Hugging Face hub, a local copy, or CPython's docs.
 
 A task with ``dataset_path`` reads a local plain-text copy when the user names one, and
 the hub otherwise. The file is named by the task metadata key that ``local_file_key`` gives

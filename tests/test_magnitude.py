@@ -22,9 +22,9 @@ def test_row_scope_prunes_smallest_magnitudes():
     original = weight.clone()
     prune_lowest(weight, weight.abs(), 0.25, "row")
     for row, original_row in zip(weight, original):
-        pruned = original_row[row == 0].abs()
-        kept = original_row[row != 0].abs()
-        assert pruned.max() <= kept.min()
+        pruned_magnitudes = original_row[row == 0].abs()
+        remaining_magnitudes = original_row[row != 0].abs()
+        assert pruned_magnitudes.max() <= remaining_magnitudes.min()
     torch.testing.assert_close(weight[weight != 0], original[weight != 0])
 
 

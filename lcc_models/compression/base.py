@@ -1,4 +1,4 @@
-"""What every compression method implements to plug into the one walk over the model.
+"""Interface that every compression method implements to plug into the one walk over the model.
 
     class MyMethod(CompressionMethod):
         name = "quantize_weights:mine"

@@ -7,7 +7,7 @@ dimension, returned in the input's dtype after dequantization. Every later layer
 computes with exactly the values that a real low-bit kernel would produce. Asymmetric quantization maps each group's
 [min(x, 0), max(x, 0)] onto the integers 0 .. 2^bits - 1 with a per-group scale and an
 integer zero point; symmetric quantization maps [-max|x|, max|x|] onto
--2^(bits-1) .. 2^(bits-1) - 1 with a scale alone. Either way a group holds at most 2^bits
+-2^(bits-1) .. 2^(bits-1) - 1 with a scale alone. Either way a group contains at most 2^bits
 distinct values, and 0 is one of them, so pruned weights stay exactly zero. (Widening the
 range to include 0 follows GPTQ's quantizer; for real weight groups, which span 0, it
 changes nothing.)

@@ -1,4 +1,4 @@
-"""What compression did, measured on the weights afterwards rather than taken from the spec.
+"""Measurements of what compression did, taken on the weights afterwards rather than from the spec.
 
 Sparsity is the fraction of weights that are exactly zero. Bits per weight count the
 quantized value plus each group's scale (16 bits) and zero point (``w_bits`` bits, if

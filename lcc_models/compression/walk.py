@@ -104,8 +104,8 @@ def compress_model(model: nn.Module, spec: CompressionSpec, keep_reference: bool
     """Compress ``model`` in place as ``spec`` requests and return what was measured afterwards.
 
     With ``keep_reference`` every compressed layer keeps its original weight, so that
-    ``reference_mode(model)`` can run the uncompressed model; without it (when the
-    reference is a separate model) that copy is not made.
+``reference_mode(model)`` can run the uncompressed model. Without it, which suits a
+separate reference model, that copy is not made.
     """
     targets = select_targets(model, spec.targets)
     methods = build_methods(spec)
