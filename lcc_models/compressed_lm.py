@@ -27,6 +27,7 @@ from lm_eval.models.utils_hf import get_dtype
 from tqdm import tqdm
 
 from lcc_models.checkpoints import resolve_pretrained
+from lcc_models.compression.calibration import calibration_tokens, read_documents
 from lcc_models.compression.layers import reference_mode
 from lcc_models.compression.walk import compress_model
 from lcc_models.spec import (
@@ -81,6 +82,11 @@ class CompressedHFLM(HFLM):
         self.kl_chunk_size = parse_positive_int("kl_chunk_size", kl_chunk_size)
         pretrained = resolve_pretrained(pretrained)
         _reject_unknown_keys(hf_kwargs, pretrained)
+        calibration_documents = None
+        if spec.needs_calibration:
+            _check_calibration_length(spec, pretrained, hf_kwargs)
+            # Read before the model loads, so that a missing dataset fails in seconds, not after a 7B load.
+            calibration_documents = read_documents(spec.calib_data)
 
         super().__init__(pretrained=pretrained, **hf_kwargs)
         self._tokenizer_fingerprint = tokenizer_fingerprint(self.tokenizer)
@@ -89,8 +95,15 @@ class CompressedHFLM(HFLM):
         self._reference_model: transformers.PreTrainedModel | None = None
         if reference is not None:
             self._reference_model = self._load_reference(reference, hf_kwargs)
+        tokens = None
+        if calibration_documents is not None:
+            tokens = calibration_tokens(
+                self.tokenizer, calibration_documents, spec.calib_data, spec.calib_nsamples, spec.calib_seqlen, spec.seed
+            )
         self.compression_report = (
-            compress_model(self.model, spec, keep_reference=reference is None) if spec.enabled else None
+            compress_model(self.model, spec, keep_reference=reference is None, calibration_tokens=tokens)
+            if spec.enabled
+            else None
         )
 
     # ------------------------------------------------------------------ reference model
@@ -227,6 +240,31 @@ def _batches_of_equal_length(requests: list[Any], batch_size: int) -> Iterator[l
         yield batch
 
 
+def _load_config(pretrained: Any, hf_kwargs: dict[str, Any]) -> transformers.PretrainedConfig | None:
+    """Return the model config without loading weights, or None if it cannot be read (HFLM reports that better)."""
+    if not isinstance(pretrained, str):
+        return pretrained.config
+    try:
+        return transformers.AutoConfig.from_pretrained(
+            pretrained,
+            revision=str(hf_kwargs.get("revision") or "main"),
+            trust_remote_code=bool(hf_kwargs.get("trust_remote_code", False)),
+        )
+    except (OSError, ValueError):
+        return None
+
+
+def _check_calibration_length(spec: CompressionSpec, pretrained: Any, hf_kwargs: dict[str, Any]) -> None:
+    config = _load_config(pretrained, hf_kwargs)
+    text_config = getattr(config, "text_config", None) or config
+    limit = getattr(text_config, "max_position_embeddings", None)
+    if limit is not None and spec.calib_seqlen > limit:
+        raise ModelArgumentError(
+            f"invalid calib_seqlen={spec.calib_seqlen}: the model accepts at most {limit} positions "
+            f"(max_position_embeddings). Accepted values are integers from 2 to {limit}; the default is 2048"
+        )
+
+
 def _reject_unknown_keys(hf_kwargs: dict[str, Any], pretrained: Any) -> None:
     """Raise ``ModelArgumentError`` for a key that is neither an lcc key, an argument of --model hf, nor a config attribute."""
     hf_parameters = set(inspect.signature(HFLM.__init__).parameters) - {"self", "kwargs"}
@@ -237,19 +275,8 @@ def _reject_unknown_keys(hf_kwargs: dict[str, Any], pretrained: Any) -> None:
 
     # Anything else --model hf would forward to from_pretrained, where keys that name a
     # config attribute (rope_scaling=..., say) override the config; others are errors.
-    config_keys: set[str] = set()
-    if isinstance(pretrained, str):
-        try:
-            config = transformers.AutoConfig.from_pretrained(
-                pretrained,
-                revision=str(hf_kwargs.get("revision") or "main"),
-                trust_remote_code=bool(hf_kwargs.get("trust_remote_code", False)),
-            )
-            config_keys = set(config.to_dict())
-        except (OSError, ValueError):
-            config_keys = set()  # HFLM reports an unloadable checkpoint itself, more precisely
-    else:
-        config_keys = set(pretrained.config.to_dict())
+    config = _load_config(pretrained, hf_kwargs)
+    config_keys = set(config.to_dict()) if config is not None else set()
     unknown = [key for key in unknown if key not in config_keys]
     if not unknown:
         return

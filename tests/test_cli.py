@@ -1,8 +1,8 @@
 """The stock lm_eval command line finds lcc's model and tasks with no --include_path.
 
 Each lm_eval start costs about 30 s, 17 s of it indexing the harness's task configs. This
-file therefore keeps to one end-to-end run, and everything else is tested through the
-Python API.
+file therefore keeps to one WikiText run and a few runs that together use every
+compression key; everything else is tested through the Python API.
 """
 
 import json
@@ -74,3 +74,64 @@ def test_cli_wikitext_kl_end_to_end(tiny_llama2_dir, wikitext_file, tmp_path):
     assert len(samples) == 2
     assert samples[0]["kl_pos_0_512"][1] == 512
     assert "TokenSequence(num_tokens=4096" in json.dumps(samples[0]["doc"])
+
+
+METHOD_RUNS = {
+    # Together these runs use every compression key at least once.
+    "wanda-nm-gptq-act-order": (
+        "prune=wanda,nm=2:4,w_bits=4,w_method=gptq,gptq_act_order=true,gptq_damp=0.02,gptq_block=64,"
+        "calib_nsamples=4,calib_seqlen=128,seed=1",
+        ["prune:wanda", "quantize_weights:gptq"],
+    ),
+    "sparsegpt-salient-activation": (
+        "prune=sparsegpt,sparsity=0.5,w_bits=3,w_group_size=64,salient_frac=0.05,salient_bits=6,"
+        "salient_by=activation,calib_nsamples=4,calib_seqlen=128",
+        ["prune:sparsegpt", "quantize_weights:rtn+salient"],
+    ),
+    "random-kv-cache": (
+        "prune=random,sparsity=0.1,prune_scope=layer,seed=3,kv_bits=4,kv_group_size=32",
+        ["prune:random", "quantize_kv_cache:per_token"],
+    ),
+    "magnitude-nm-w8a8-noise": (
+        "prune=magnitude,nm=1:4,w_bits=8,w_sym=true,a_bits=8,kv_noise_std=0.05,targets=*.mlp.*+q_proj",
+        ["prune:magnitude", "quantize_weights:rtn", "quantize_activations:per_token", "kv_cache_noise:gaussian"],
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def calibration_text(tmp_path_factory):
+    from lcc_tasks.text_sources import python_documentation
+
+    path = tmp_path_factory.mktemp("calibration") / "calibration.jsonl"
+    text = python_documentation()
+    lines = [json.dumps({"text": text[start : start + 4000]}) for start in range(0, 400_000, 4000)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("run", sorted(METHOD_RUNS))
+def test_cli_compression_methods(run, calibration_text, tmp_path):
+    compression, order = METHOD_RUNS[run]
+    if "calib_" in compression:
+        compression += f",calib_data={calibration_text}"
+    output = tmp_path / "results"
+    command = [
+        *lm_eval_command(),
+        "--model", "lcc_compressed",
+        "--model_args", f"pretrained=lcc-tiny-llama,dtype=float32,{compression}",
+        "--tasks", "lcc_demo_kl",
+        "--limit", "1",
+        "--device", "cpu",
+        "--output_path", str(output),
+    ]
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    completed = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=900, cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    # The compression summary table reaches the log.
+    assert "Compression applied" in completed.stderr
+
+    results = json.loads(next(output.rglob("results_*.json")).read_text())
+    assert results["results"]["lcc_demo_kl"]["kl,none"] > 0
+    spec = results["config"]["compression"]["spec"]
+    assert spec["order"] == order

@@ -5,7 +5,14 @@
 
 Targets are the ``nn.Linear`` layers inside the decoder blocks (never the embeddings or
 ``lm_head``), optionally narrowed by ``targets=``. Every method checks all targets before
-any weight changes; then the blocks are compressed one after another.
+any weight changes; then the blocks are compressed one after another, each layer by every
+method in the order of ``CompressionSpec.steps()``.
+
+When a method reads activations, the calibration sequences are captured at the input of
+the first block, and each block receives the outputs of the blocks before it as they are
+after compression. The statistics of all targets of a block come from one forward of the
+block before any of them changes, as in Wanda's and SparseGPT's reference setups.
+KV-cache transforms are installed on the attention modules after the walk.
 """
 
 from __future__ import annotations
@@ -19,43 +26,62 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from lcc_models.compression.activations import ActivationQuantization
 from lcc_models.compression.base import CompressionMethod, TargetLayer
+from lcc_models.compression.blocks import find_decoder_blocks
+from lcc_models.compression.calibration import capture_block_inputs, collect_statistics, run_block
+from lcc_models.compression.gptq import GPTQ
+from lcc_models.compression.kv_cache import install_kv_cache_transform
 from lcc_models.compression.layers import CompressedLinear
 from lcc_models.compression.magnitude import MagnitudePruning
+from lcc_models.compression.random_pruning import RandomPruning
 from lcc_models.compression.report import CompressionReport, measure
 from lcc_models.compression.rtn import RoundToNearest
+from lcc_models.compression.salient import SalientGroups
+from lcc_models.compression.sparsegpt import SparseGPTPruning
+from lcc_models.compression.wanda import WandaPruning
 from lcc_models.spec import CompressionSpec, ModelArgumentError
 
 logger = logging.getLogger(__name__)
 
 
 def build_methods(spec: CompressionSpec) -> list[CompressionMethod]:
-    """Return the methods of ``spec`` in the order of ``spec.steps()``."""
+    """Return the methods of ``spec`` that act on linear layers, in the order of ``spec.steps()``."""
     methods: list[CompressionMethod] = []
+    sparsity, scope, nm = spec.sparsity, spec.prune_scope, spec.nm
     if spec.prune == "magnitude":
-        methods.append(MagnitudePruning(spec.sparsity, spec.prune_scope))
+        methods.append(MagnitudePruning(sparsity, scope, nm))
+    elif spec.prune == "wanda":
+        methods.append(WandaPruning(sparsity, scope, nm))
+    elif spec.prune == "random":
+        methods.append(RandomPruning(sparsity, scope, spec.seed))
+    elif spec.prune == "sparsegpt":
+        methods.append(SparseGPTPruning(spec.target_sparsity, nm))
+
     if spec.w_bits is not None:
-        methods.append(RoundToNearest(spec.w_bits, spec.w_group_size, spec.w_sym))
-    assert [method.name for method in methods] == spec.steps(), "build_methods and CompressionSpec.steps disagree"
+        salient = None
+        if spec.salient_frac is not None:
+            salient = SalientGroups(spec.salient_frac, spec.salient_bits, spec.salient_by)
+        if spec.w_method == "gptq":
+            methods.append(
+                GPTQ(
+                    spec.w_bits,
+                    spec.w_group_size,
+                    spec.w_sym,
+                    salient,
+                    damp=spec.gptq_damp,
+                    block_size=spec.gptq_block,
+                    act_order=spec.gptq_act_order,
+                )
+            )
+        else:
+            methods.append(RoundToNearest(spec.w_bits, spec.w_group_size, spec.w_sym, salient))
+    if spec.a_bits is not None:
+        methods.append(ActivationQuantization(spec.a_bits))
+
+    linear_steps = [step for step in spec.steps() if not step.startswith(("quantize_kv_cache", "kv_cache_noise"))]
+    assert [method.name for method in methods] == linear_steps, "build_methods and CompressionSpec.steps disagree"
     return methods
-
-
-def find_decoder_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """Return the qualified name and the ``nn.ModuleList`` of the model's decoder blocks."""
-    config = getattr(model, "config", None)
-    text_config = getattr(config, "text_config", None) or config
-    num_layers = getattr(text_config, "num_hidden_layers", None)
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.ModuleList) or len(module) == 0:
-            continue
-        if num_layers is not None and len(module) != num_layers:
-            continue
-        if any(isinstance(child, nn.Linear) for child in module[0].modules()):
-            return name, module
-    raise ValueError(
-        f"could not find the decoder blocks of {type(model).__name__}: expected an nn.ModuleList of "
-        f"{num_layers} blocks containing nn.Linear layers"
-    )
 
 
 def select_targets(model: nn.Module, targets: str | None = None) -> list[TargetLayer]:
@@ -100,32 +126,77 @@ def _matches(layer: TargetLayer, pattern: str) -> bool:
 
 
 @torch.no_grad()
-def compress_model(model: nn.Module, spec: CompressionSpec, keep_reference: bool = True) -> CompressionReport:
+def compress_model(
+    model: nn.Module,
+    spec: CompressionSpec,
+    keep_reference: bool = True,
+    calibration_tokens: torch.Tensor | None = None,
+) -> CompressionReport:
     """Compress ``model`` in place as ``spec`` requests and return what was measured afterwards.
 
     With ``keep_reference`` every compressed layer keeps its original weight, so that
-``reference_mode(model)`` can run the uncompressed model. Without it, which suits a
-separate reference model, that copy is not made.
+    ``reference_mode(model)`` can run the uncompressed model. Without it, which suits a
+    separate reference model, that copy is not made. ``calibration_tokens`` [nsamples,
+    seqlen] are required when a method reads activations (``spec.needs_calibration``).
     """
-    targets = select_targets(model, spec.targets)
     methods = build_methods(spec)
+    # KV-cache methods alone leave every linear layer as it is.
+    targets = select_targets(model, spec.targets) if methods else []
     for method in methods:
         method.check(targets)
+    needs = {statistic for method in methods for statistic in method.statistics}
+    if needs and calibration_tokens is None:
+        raise ValueError(f"{', '.join(spec.steps())} needs calibration_tokens, but none were given")
 
     seconds: dict[str, float] = defaultdict(float)
     by_block: dict[int, list[TargetLayer]] = defaultdict(list)
     for target in targets:
         by_block[target.block_index].append(target)
+    _, blocks = find_decoder_blocks(model)
     started = time.perf_counter()
-    for block_index in tqdm(sorted(by_block), desc="Compressing blocks", unit="block"):
-        for target in by_block[block_index]:
+    calibration_seconds = 0.0
+    inputs = None
+    if needs:
+        calibration_started = time.perf_counter()
+        inputs = capture_block_inputs(model, blocks, calibration_tokens)
+        calibration_seconds += time.perf_counter() - calibration_started
+    # With calibration, every block runs to feed the next one; otherwise only blocks with targets matter.
+    block_indices = range(len(blocks)) if needs else sorted(by_block)
+
+    for block_index in tqdm(block_indices, desc="Compressing blocks", unit="block"):
+        layers = []
+        for target in by_block.get(block_index, []):
             layer = CompressedLinear.from_linear(target.linear, target.qualified_name, keep_reference)
             setattr(target.parent, target.attribute, layer)
+            layers.append(layer)
+
+        statistics = {}
+        if needs and layers:
+            calibration_started = time.perf_counter()
+            statistics = collect_statistics(blocks[block_index], layers, inputs, needs)
+            calibration_seconds += time.perf_counter() - calibration_started
+        for layer in layers:
+            layer_type = layer.qualified_name.rpartition(".")[2]
+            layer_statistics = statistics.pop(layer.qualified_name, None)
             for method in methods:
                 method_started = time.perf_counter()
-                method.apply(layer)
-                seconds[target.layer_type] += time.perf_counter() - method_started
+                method.apply(layer, layer_statistics if method.statistics else None)
+                seconds[layer_type] += time.perf_counter() - method_started
+            del layer_statistics  # frees the Hessian before the next layer's is used
+
+        if needs and block_index + 1 < len(blocks):
+            calibration_started = time.perf_counter()
+            inputs.hidden_states = run_block(blocks[block_index], inputs)
+            calibration_seconds += time.perf_counter() - calibration_started
+
+    kv_cache = None
+    if spec.kv_bits is not None or spec.kv_noise_std is not None:
+        kv_cache = install_kv_cache_transform(
+            model, bits=spec.kv_bits, group_size=spec.kv_group_size, noise_std=spec.kv_noise_std, seed=spec.seed
+        )
 
     report = measure(model, spec, seconds, time.perf_counter() - started)
+    report.calibration_seconds = calibration_seconds
+    report.kv_cache = kv_cache
     report.log_summary()
     return report
