@@ -29,7 +29,7 @@ from tqdm import tqdm
 from lcc_models.checkpoints import resolve_pretrained
 from lcc_models.compression.calibration import calibration_tokens, read_documents
 from lcc_models.compression.layers import reference_mode
-from lcc_models.compression.walk import compress_model
+from lcc_models.compression.walk import check_structure, compress_model
 from lcc_models.spec import (
     DEFAULT_KL_CHUNK_SIZE,
     LCC_KEYS,
@@ -82,11 +82,22 @@ class CompressedHFLM(HFLM):
         self.kl_chunk_size = parse_positive_int("kl_chunk_size", kl_chunk_size)
         pretrained = resolve_pretrained(pretrained)
         _reject_unknown_keys(hf_kwargs, pretrained)
-        calibration_documents = None
+        # Every check that needs no weights runs here, so that bad input fails in seconds
+        # rather than after a 7B checkpoint has loaded.
+        config = _load_config(pretrained, hf_kwargs)
+        if spec.enabled and config is not None:
+            _check_structure_before_loading(spec, pretrained, config, hf_kwargs)
+        tokens = None
         if spec.needs_calibration:
-            _check_calibration_length(spec, pretrained, hf_kwargs)
-            # Read before the model loads, so that a missing dataset fails in seconds, not after a 7B load.
-            calibration_documents = read_documents(spec.calib_data)
+            _check_calibration_length(spec, config)
+            tokens = calibration_tokens(
+                _load_calibration_tokenizer(pretrained, hf_kwargs),
+                read_documents(spec.calib_data),
+                spec.calib_data,
+                spec.calib_nsamples,
+                spec.calib_seqlen,
+                spec.seed,
+            )
 
         super().__init__(pretrained=pretrained, **hf_kwargs)
         self._tokenizer_fingerprint = tokenizer_fingerprint(self.tokenizer)
@@ -95,11 +106,6 @@ class CompressedHFLM(HFLM):
         self._reference_model: transformers.PreTrainedModel | None = None
         if reference is not None:
             self._reference_model = self._load_reference(reference, hf_kwargs)
-        tokens = None
-        if calibration_documents is not None:
-            tokens = calibration_tokens(
-                self.tokenizer, calibration_documents, spec.calib_data, spec.calib_nsamples, spec.calib_seqlen, spec.seed
-            )
         self.compression_report = (
             compress_model(self.model, spec, keep_reference=reference is None, calibration_tokens=tokens)
             if spec.enabled
@@ -254,8 +260,39 @@ def _load_config(pretrained: Any, hf_kwargs: dict[str, Any]) -> transformers.Pre
         return None
 
 
-def _check_calibration_length(spec: CompressionSpec, pretrained: Any, hf_kwargs: dict[str, Any]) -> None:
-    config = _load_config(pretrained, hf_kwargs)
+def _check_structure_before_loading(
+    spec: CompressionSpec, pretrained: Any, config: transformers.PretrainedConfig, hf_kwargs: dict[str, Any]
+) -> None:
+    """Run the spec's structural checks (group sizes, targets, N:M, KV groups) on a weightless copy of the model."""
+    if not isinstance(pretrained, str):
+        check_structure(pretrained, spec)
+        return
+    try:
+        with torch.device("meta"):
+            skeleton = transformers.AutoModelForCausalLM.from_config(
+                config, trust_remote_code=bool(hf_kwargs.get("trust_remote_code", False))
+            )
+    except (ValueError, TypeError, RuntimeError, NotImplementedError) as error:
+        # compress_model runs the same checks after loading, so nothing is skipped.
+        logger.debug("could not build %s on the meta device to check the spec early: %s", pretrained, error)
+        return
+    check_structure(skeleton, spec)
+
+
+def _load_calibration_tokenizer(pretrained: Any, hf_kwargs: dict[str, Any]) -> Any:
+    """Return the tokenizer that --model hf will load, read before the model so calibration fails early."""
+    tokenizer = hf_kwargs.get("tokenizer")
+    if tokenizer is not None and not isinstance(tokenizer, str):
+        return tokenizer  # a tokenizer object passed through the Python API
+    name = tokenizer or (pretrained if isinstance(pretrained, str) else pretrained.name_or_path)
+    return transformers.AutoTokenizer.from_pretrained(
+        name,
+        revision=str(hf_kwargs.get("revision") or "main"),
+        trust_remote_code=bool(hf_kwargs.get("trust_remote_code", False)),
+    )
+
+
+def _check_calibration_length(spec: CompressionSpec, config: transformers.PretrainedConfig | None) -> None:
     text_config = getattr(config, "text_config", None) or config
     limit = getattr(text_config, "max_position_embeddings", None)
     if limit is not None and spec.calib_seqlen > limit:

@@ -147,6 +147,10 @@ class CompressionSpec:
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
         values["nm"] = f"{self.nm[0]}:{self.nm[1]}" if self.nm else None
+        if not self.needs_calibration:
+            # Defaults of settings that no method read would suggest a calibration set was used.
+            for key in CALIBRATION_KEYS:
+                values[key] = None
         return {**values, "order": self.steps()}
 
     @classmethod
@@ -193,7 +197,7 @@ class CompressionSpec:
             if self.prune == "random":
                 raise ModelArgumentError(
                     f"invalid nm={args['nm']} with prune=random: N:M sparsity is accepted with "
-                    "prune=magnitude, prune=wanda and prune=sparsegpt"
+                    "prune=magnitude, prune=wanda and prune=sparsegpt. For random pruning, use sparsity=<fraction> instead"
                 )
             for key in ("sparsity", "prune_scope"):
                 if key in args:
@@ -288,7 +292,7 @@ def _integer(key: str, value: Any, low: int, high: int | None) -> int:
         number = value
     elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
         number = int(value)
-    accepted = f"an integer from {low} to {high}" if high is not None else f"an integer >= {low}"
+    accepted = f"integers from {low} to {high}" if high is not None else f"integers >= {low}"
     if number is None or number < low or (high is not None and number > high):
         raise ModelArgumentError(f"invalid {key}={value!r}: accepted values are {accepted}")
     return number
@@ -323,7 +327,7 @@ def _calibration_source(key: str, value: Any) -> str:
     text = str(value).strip()
     if text.lower() in CALIBRATION_DATASETS:
         return text.lower()
-    path = Path(text).expanduser()
+    path = Path(text).expanduser().resolve()
     if not path.is_file():
         raise ModelArgumentError(
             f"invalid {key}={value!r}: it is neither a dataset name ({', '.join(CALIBRATION_DATASETS)}) nor an "

@@ -144,6 +144,7 @@ def test_kv_cache_quantization_leaves_weights(tiny_model_dir):
     for (name, tensor), (_, expected) in zip(lm.model.state_dict().items(), plain.model.state_dict().items()):
         assert torch.equal(tensor, expected), name
     assert lm.get_model_info()["compression"]["kv_cache"]["kv_bits"] == 3
+    assert lm.get_model_info()["compression"]["overall"] is None
     assert lm.sequence_kl(random_ids(lm.model.config.vocab_size)).kl.mean() > 0
 
 
@@ -197,3 +198,44 @@ def test_prequantized_checkpoint_against_dense_reference(tiny_model_dir, tmp_pat
     actual = external.sequence_kl(ids)
     torch.testing.assert_close(actual.kl, expected.kl, rtol=1e-4, atol=1e-6)
     assert external.get_model_info()["reference"] == str(tiny_model_dir)
+
+
+@pytest.mark.parametrize(
+    ("model_args", "message"),
+    [
+        ({"w_bits": 4, "w_group_size": 100}, r"invalid w_group_size=100: it does not divide the input width 128"),
+        ({"kv_bits": 4, "kv_group_size": 48}, r"invalid kv_group_size=48: it does not divide head_dim=64"),
+        ({"w_bits": 4, "targets": "foo_proj"}, r"invalid targets pattern 'foo_proj'"),
+        ({"prune": "magnitude", "nm": "2:3"}, r"invalid nm=2:3: M=3 does not divide the input width 128"),
+    ],
+)
+def test_structural_errors_before_load(tiny_model_dir, monkeypatch, model_args, message):
+    from lm_eval.models.huggingface import HFLM
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(HFLM, "_create_model", fail)
+    with pytest.raises(ModelArgumentError, match=message):
+        load(tiny_model_dir, **model_args)
+
+
+def test_calibration_shortage_before_load(tiny_model_dir, tmp_path, monkeypatch):
+    from lm_eval.models.huggingface import HFLM
+
+    from lcc_models.compression.calibration import CalibrationDataError
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(HFLM, "_create_model", fail)
+    short = tmp_path / "short.txt"
+    short.write_text("only a few words of text")
+    with pytest.raises(CalibrationDataError, match=r"calib_nsamples=4 were requested"):
+        load(tiny_model_dir, prune="wanda", sparsity=0.5, calib_data=str(short), **CALIBRATION)
+
+
+def test_unused_calibration_settings_not_recorded(tiny_model_dir):
+    spec = load(tiny_model_dir, w_bits=4).get_model_info()["compression"]["spec"]
+    assert spec["calib_data"] is None
+    assert spec["calib_nsamples"] is None

@@ -67,7 +67,8 @@ class CompressionReport:
         values = {
             "spec": self.spec.to_dict(),
             "layer_types": {name: stats.as_dict() for name, stats in self.by_type.items()},
-            "overall": self.overall().as_dict(),
+            # None when no linear layer was compressed (KV-cache methods alone).
+            "overall": self.overall().as_dict() if self.by_type else None,
             "calibration_seconds": round(self.calibration_seconds, 3),
         }
         if self.kv_cache is not None:
@@ -75,6 +76,9 @@ class CompressionReport:
         return values
 
     def log_summary(self) -> None:
+        if not self.by_type:
+            logger.info("Compression applied (%s) to no linear layer; KV cache: %s", " -> ".join(self.spec.steps()), self.kv_cache)
+            return
         salient = self.spec.salient_frac is not None
         header = ("layer type", "layers", "sparsity", "bits/weight", *(("salient",) if salient else ()), "seconds")
         rows = [header]

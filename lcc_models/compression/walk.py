@@ -31,7 +31,8 @@ from lcc_models.compression.base import CompressionMethod, TargetLayer
 from lcc_models.compression.blocks import find_decoder_blocks
 from lcc_models.compression.calibration import capture_block_inputs, collect_statistics, run_block
 from lcc_models.compression.gptq import GPTQ
-from lcc_models.compression.kv_cache import install_kv_cache_transform
+from lcc_models.compression.kv_cache import check_group_size as check_kv_group_size
+from lcc_models.compression.kv_cache import config_head_dim, find_attention_modules, install_kv_cache_transform
 from lcc_models.compression.layers import CompressedLinear
 from lcc_models.compression.magnitude import MagnitudePruning
 from lcc_models.compression.random_pruning import RandomPruning
@@ -125,6 +126,24 @@ def _matches(layer: TargetLayer, pattern: str) -> bool:
     return layer.layer_type == pattern
 
 
+def check_structure(model: nn.Module, spec: CompressionSpec) -> list[TargetLayer]:
+    """Run every check of ``spec`` that needs only the model's modules, and return the target layers.
+
+    The weights may be on the meta device, so ``CompressedHFLM`` runs this on a model built
+    from the config before it loads any weight.
+    """
+    methods = build_methods(spec)
+    # KV-cache methods alone leave every linear layer as it is.
+    targets = select_targets(model, spec.targets) if methods else []
+    for method in methods:
+        method.check(targets)
+    if spec.kv_bits is not None:
+        attention_modules = find_attention_modules(model)
+        if attention_modules:
+            check_kv_group_size(spec.kv_group_size, config_head_dim(model, attention_modules[0][1]), model)
+    return targets
+
+
 @torch.no_grad()
 def compress_model(
     model: nn.Module,
@@ -140,10 +159,7 @@ def compress_model(
     seqlen] are required when a method reads activations (``spec.needs_calibration``).
     """
     methods = build_methods(spec)
-    # KV-cache methods alone leave every linear layer as it is.
-    targets = select_targets(model, spec.targets) if methods else []
-    for method in methods:
-        method.check(targets)
+    targets = check_structure(model, spec)
     needs = {statistic for method in methods for statistic in method.statistics}
     if needs and calibration_tokens is None:
         raise ValueError(f"{', '.join(spec.steps())} needs calibration_tokens, but none were given")
@@ -163,7 +179,7 @@ def compress_model(
     # With calibration, every block runs to feed the next one; otherwise only blocks with targets matter.
     block_indices = range(len(blocks)) if needs else sorted(by_block)
 
-    for block_index in tqdm(block_indices, desc="Compressing blocks", unit="block"):
+    for block_index in tqdm(block_indices, desc="Compressing blocks", unit="block", disable=not block_indices):
         layers = []
         for target in by_block.get(block_index, []):
             layer = CompressedLinear.from_linear(target.linear, target.qualified_name, keep_reference)
