@@ -24,6 +24,7 @@ _HOOKS = {
     "lm_eval.api.registry": "register_models",
     "lm_eval.tasks.manager": "add_task_folder",
     "lm_eval.loggers.evaluation_tracker": "save_curves_with_results",
+    "lm_eval.evaluator_utils": "use_bootstrap_stderr",
 }
 _warned = False
 

@@ -123,6 +123,28 @@ def save_curves_with_results(tracker_module: ModuleType) -> None:
     tracker_class.save_results_aggregated = save_results_aggregated
 
 
+def use_bootstrap_stderr(evaluator_utils_module: ModuleType) -> None:
+    """Let the harness report the document-level bootstrap stderr of lcc's KL aggregations.
+
+    The harness computes a metric's stderr only for aggregation functions it knows. An
+    lcc aggregation that has a ``bootstrap_stderr(items)`` method gets it from there; a
+    harness ``--bootstrap_iters 0`` still turns every stderr off.
+    """
+    original = evaluator_utils_module.stderr_for_metric
+    if getattr(original, "_lcc_wrapped", False):
+        return
+
+    @functools.wraps(original)
+    def stderr_for_metric(metric, bootstrap_iters):
+        stderr = getattr(metric, "bootstrap_stderr", None)
+        if stderr is not None and bootstrap_iters > 0:
+            return stderr
+        return original(metric=metric, bootstrap_iters=bootstrap_iters)
+
+    stderr_for_metric._lcc_wrapped = True
+    evaluator_utils_module.stderr_for_metric = stderr_for_metric
+
+
 def use_harness_logging() -> None:
     """Send lcc's log records through the handlers that ``lm_eval`` set up, at its level.
 

@@ -3,6 +3,7 @@
     hidden = decoder(input_ids).last_hidden_state          # both models, [batch, T, H]
     stats = token_kl(hidden, hidden_ref, lm_head, lm_head_ref, input_ids[:, 1:], chunk_size=1024)
     stats.kl[0, 4095]   # D_KL(P_compressed || P_reference) of the prediction made at position 4095
+    stats.js[0, 4095]   # Jensen-Shannon divergence of the same two distributions
 
 Only the decoder's hidden states (``T x H`` values per model, in the model's dtype) are
 kept for a whole sequence. ``lm_head``, the fp32 ``log_softmax`` and the sums over the
@@ -15,6 +16,7 @@ input, so splitting the norm into chunks would save nothing.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +36,7 @@ class TokenKL:
     top1_agree: np.ndarray  # 1.0 where both models' most likely tokens are the same
     nll: np.ndarray  # -log P_compressed(actual next token)
     nll_ref: np.ndarray  # -log P_reference(actual next token)
+    js: np.ndarray  # Jensen-Shannon divergence of the two distributions, at most log 2
 
     def sequence(self, index: int) -> TokenKL:
         """Return the statistics of sequence ``index`` of the batch, each of shape [T - 1]."""
@@ -41,7 +44,7 @@ class TokenKL:
 
     @staticmethod
     def field_names() -> tuple[str, ...]:
-        return ("kl", "kl_ref", "top1_agree", "nll", "nll_ref")
+        return ("kl", "kl_ref", "top1_agree", "nll", "nll_ref", "js")
 
     def __repr__(self) -> str:
         # The harness writes responses into --log_samples files with str(); a summary
@@ -89,11 +92,19 @@ def token_kl(
         top1_agree = (log_p.argmax(-1) == log_q.argmax(-1)).float()
         nll = -log_p.gather(-1, chunk_targets.unsqueeze(-1)).squeeze(-1)
         nll_ref = -log_q.gather(-1, chunk_targets.unsqueeze(-1)).squeeze(-1)
-        for name, value in zip(TokenKL.field_names(), (kl, kl_ref, top1_agree, nll, nll_ref)):
+        js = _jensen_shannon(log_p, log_q)
+        for name, value in zip(TokenKL.field_names(), (kl, kl_ref, top1_agree, nll, nll_ref, js)):
             outputs[name][:, start:end] = value.cpu()
         del log_p, log_q
 
     return TokenKL(**{name: value.numpy() for name, value in outputs.items()})
+
+
+def _jensen_shannon(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """Return JS(p, q) = (KL(p || m) + KL(q || m)) / 2 with m = (p + q) / 2, over the last dimension."""
+    log_m = torch.logaddexp(log_p, log_q) - math.log(2.0)
+    js = 0.5 * ((log_p.exp() * (log_p - log_m)).sum(-1) + (log_q.exp() * (log_q - log_m)).sum(-1))
+    return js.clamp_min_(0.0)
 
 
 def _log_probs(lm_head: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:

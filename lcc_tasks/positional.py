@@ -2,7 +2,7 @@
 
     edges = bucket_edges(seq_len=32768, num_buckets=8)     # [0, 4096, ..., 32768]
     values = summarize_sequence(token_stats, edges, curve_stride=64)
-    values["kl_pos_0_4096"]      # [sum of KL over positions 0..4095, number of positions]
+    values["kl_pos_0_4096"]      # {"kl": mean over positions 0..4095, "tokens": 4096, "sum": ...}
 
 Every per-sequence value is a sum together with the number of positions behind it, so
 that aggregating over sequences gives token-weighted means (a sequence contributes to a
@@ -17,8 +17,15 @@ from typing import Any
 
 import numpy as np
 
+from lcc_tasks import statistics
+
 # Statistics of lcc_tasks.kl.TokenKL that the curve keeps, in this order.
-CURVE_FIELDS = ("kl", "kl_ref", "top1_agree", "nll", "nll_ref")
+CURVE_FIELDS = ("kl", "kl_ref", "top1_agree", "nll", "nll_ref", "js")
+# Per-token KL percentiles reported for the whole sequence: metric name and quantile.
+QUANTILES = {"kl_median": 0.5, "kl_p90": 0.9, "kl_p99": 0.99}
+QUANTILE_METRICS = tuple(QUANTILES)
+# Metrics computed from the per-bucket KL sums of every document.
+BUCKET_SERIES_METRICS = ("kl_slope", "kl_slope_ci95_low", "kl_slope_ci95_high", "kl_growth")
 
 
 def bucket_edges(seq_len: int, num_buckets: int | None = 8, edges: Sequence[int] | None = None) -> list[int]:
@@ -51,30 +58,68 @@ def bucket_metric_names(edges: Sequence[int]) -> list[str]:
     return [f"kl_pos_{start}_{end}" for start, end in zip(edges, edges[1:])]
 
 
+def bucket_token_names(edges: Sequence[int]) -> list[str]:
+    """Return ``tokens_pos_<start>_<end>``, the metric with the number of positions behind each bucket."""
+    return [f"tokens_pos_{start}_{end}" for start, end in zip(edges, edges[1:])]
+
+
 def summarize_sequence(stats: Any, edges: Sequence[int], curve_stride: int) -> dict[str, Any]:
     """Reduce one sequence's per-position statistics to the task's per-sequence metric values.
 
     ``stats`` has the float arrays of ``lcc_tasks.kl.TokenKL`` for one sequence, each of
-    length T - 1 (position t predicts token t + 1). Values are JSON-friendly lists so that
-    ``--log_samples`` writes them as they are.
+    length T - 1 (position t predicts token t + 1). A sequence shorter than the task's
+    length has no tokens in the buckets it does not reach. Values are JSON-friendly, so
+    that ``--log_samples`` writes them as they are, and each is a sum with its token count
+    so that aggregation gives token-weighted means.
     """
     arrays = {name: np.asarray(getattr(stats, name), dtype=np.float64) for name in CURVE_FIELDS}
     positions = arrays["kl"].shape[0]
-    kl = arrays["kl"]
+    # Change in the probability of the actual next token, compressed minus reference.
+    delta_p = np.exp(-arrays["nll"]) - np.exp(-arrays["nll_ref"])
+    whole = _window_summary(arrays, delta_p, 0, positions)
+    buckets = [_window_summary(arrays, delta_p, start, end) for start, end in zip(edges, edges[1:])]
+    bucket_sums = [bucket["kl_sum"] for bucket in buckets]
+    bucket_tokens = [bucket["tokens"] for bucket in buckets]
+
     values: dict[str, Any] = {
         "kl": {
-            "sum": float(kl.sum()),
+            "sum": whole["kl_sum"],
             "tokens": positions,
             "curve": _curve_sums(arrays, curve_stride),
+            "buckets": buckets,
         },
-        "kl_ref": [float(arrays["kl_ref"].sum()), positions],
-        "top1_agree": [float(arrays["top1_agree"].sum()), positions],
+        "kl_ci95_low": [whole["kl_sum"], positions],
+        "kl_ci95_high": [whole["kl_sum"], positions],
+        "kl_ref": [whole["kl_ref_sum"], positions],
+        "js": [whole["js_sum"], positions],
+        "top1_agree": [whole["top1_sum"], positions],
+        "rms_dp": [whole["dp_sq_sum"], positions],
         "ppl_ratio": [float(arrays["nll"].sum()), float(arrays["nll_ref"].sum()), positions],
+        "kl_max": whole["kl_max"],
     }
-    for name, start, end in zip(bucket_metric_names(edges), edges, edges[1:]):
-        window = kl[start:end]
-        values[name] = [float(window.sum()), int(window.shape[0])]
+    for name in QUANTILE_METRICS:
+        values[name] = whole["hist"]
+    for name in BUCKET_SERIES_METRICS:
+        values[name] = {"sums": bucket_sums, "tokens": bucket_tokens}
+    for kl_name, tokens_name, bucket in zip(bucket_metric_names(edges), bucket_token_names(edges), buckets):
+        mean = bucket["kl_sum"] / bucket["tokens"] if bucket["tokens"] else None
+        values[kl_name] = {"kl": mean, "tokens": bucket["tokens"], "sum": bucket["kl_sum"]}
+        values[tokens_name] = bucket["tokens"]
     return values
+
+
+def _window_summary(arrays: dict[str, np.ndarray], delta_p: np.ndarray, start: int, end: int) -> dict[str, Any]:
+    kl = arrays["kl"][start:end]
+    return {
+        "tokens": int(kl.shape[0]),
+        "kl_sum": float(kl.sum()),
+        "kl_ref_sum": float(arrays["kl_ref"][start:end].sum()),
+        "js_sum": float(arrays["js"][start:end].sum()),
+        "top1_sum": float(arrays["top1_agree"][start:end].sum()),
+        "dp_sq_sum": float(np.square(delta_p[start:end]).sum()),
+        "kl_max": float(kl.max()) if kl.shape[0] else None,
+        "hist": statistics.log_histogram(kl),
+    }
 
 
 def _curve_sums(arrays: dict[str, np.ndarray], stride: int) -> dict[str, list]:

@@ -115,3 +115,23 @@ def split_into_sequences(tokenizer: Any, text: str, seq_len: int) -> list[TokenS
         TokenSequence(np.concatenate([prefix, stream[index * body : (index + 1) * body]]), fingerprint)
         for index in range(count)
     ]
+
+
+def document_sequences(tokenizer: Any, documents: list[str], max_len: int) -> list[TokenSequence]:
+    """Tokenize each document on its own, from its start, up to ``max_len`` tokens including BOS.
+
+    A longer document is cut at the end, never in the middle, so that every position keeps
+    the whole context before it. Documents with fewer than 2 tokens have no prediction to
+    score and are dropped.
+    """
+    if max_len < 2:
+        raise ValueError(f"max_len must be at least 2 tokens, got {max_len}")
+    bos = [tokenizer.bos_token_id] if tokenizer_adds_bos(tokenizer) else []
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    sequences = []
+    for document in documents:
+        ids = tokenizer(document, add_special_tokens=False, verbose=False)["input_ids"]
+        tokens = np.asarray((bos + ids)[:max_len], dtype=np.int64)
+        if tokens.shape[0] >= 2:
+            sequences.append(TokenSequence(tokens, fingerprint))
+    return sequences

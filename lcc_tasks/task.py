@@ -1,4 +1,4 @@
-"""The harness task behind every positional KL task (``wikitext_kl_32k``, ``lcc_demo_kl``, ...).
+"""The harness task behind every positional KL task (``wikitext_kl_32k``, ``longbench_kl_qasper_32k``, ...).
 
     lm_eval --model lcc_compressed --model_args pretrained=...,w_bits=3 --tasks wikitext_kl_32k
 
@@ -10,10 +10,15 @@ under ``metadata`` because the harness's ``TaskConfig`` accepts no other custom 
       num_buckets: 8         # equal-width position buckets (or bucket_edges: [0, 1024, ...])
       curve_stride: 64       # positions per point of the per-position curve file
       local_file_key: wikitext_file   # --metadata wikitext_file=PATH / LCC_WIKITEXT_FILE
+      document_field: context         # document tasks only: one document per dataset row
+      bootstrap_iters: 1000           # bootstrap replicates over documents (0: no intervals)
+      bootstrap_seed: 0
 
-Documents are consecutive ``seq_len``-token sequences of the text, so ``--limit N`` caps
-the number of sequences. Each document is one ``kl_divergence`` request, which only
-``lcc_compressed`` serves. The reply contains per-position statistics of both models.
+Corpus tasks cut the text into consecutive ``seq_len``-token sequences. Document tasks
+(with ``document_field``) evaluate each row from its first token, cut at ``seq_len``
+tokens. Either way ``--limit N`` caps the number of documents. Each document is one
+``kl_divergence`` request, which only ``lcc_compressed`` serves. The reply contains
+per-position statistics of both models.
 """
 
 from __future__ import annotations
@@ -26,18 +31,37 @@ from lm_eval.api.task import Task
 from lm_eval.config.task import TaskConfig
 from lm_eval.filters import build_filter_ensemble
 
-from lcc_tasks import curves, positional
+from lcc_tasks import aggregation, curves, positional, statistics
+from lcc_tasks.aggregation import BootstrapSettings
 from lcc_tasks.harness_hooks import use_harness_logging
 from lcc_tasks.sequences import (
+    document_sequences,
     load_tokenizer,
     split_into_sequences,
     tokenizer_name_from_metadata,
 )
-from lcc_tasks.text_sources import load_task_text
+from lcc_tasks.text_sources import load_task_documents, load_task_text
 
 logger = logging.getLogger(__name__)
 
 REQUEST_TYPE = "kl_divergence"
+# Whole-sequence metrics, in the order of the results table; the bucket metrics follow.
+SEQUENCE_METRICS = (
+    "kl",
+    "kl_ci95_low",
+    "kl_ci95_high",
+    "kl_ref",
+    "js",
+    "top1_agree",
+    "ppl_ratio",
+    "rms_dp",
+    *positional.QUANTILE_METRICS,
+    "kl_max",
+    "kl_slope",
+    "kl_slope_ci95_low",
+    "kl_slope_ci95_high",
+    "kl_growth",
+)
 _TASK_CONFIG_FIELDS = {field.name for field in fields(TaskConfig)}
 
 
@@ -51,6 +75,8 @@ class KLTaskSettings:
     text_field: str
     text_join: str
     local_file_key: str | None
+    document_field: str | None
+    bootstrap: BootstrapSettings
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, Any], task_name: str) -> KLTaskSettings:
@@ -68,6 +94,10 @@ class KLTaskSettings:
             edges = positional.bucket_edges(seq_len, metadata.get("num_buckets", 8), metadata.get("bucket_edges"))
         except ValueError as error:
             raise ValueError(f"task {task_name}: {error}") from error
+        bootstrap = BootstrapSettings(
+            iters=_non_negative_int(metadata, "bootstrap_iters", 1000, task_name),
+            seed=_non_negative_int(metadata, "bootstrap_seed", 0, task_name),
+        )
         return cls(
             seq_len=seq_len,
             bucket_edges=tuple(edges),
@@ -75,7 +105,16 @@ class KLTaskSettings:
             text_field=str(metadata.get("text_field", "text")),
             text_join=str(metadata.get("text_join", "\n\n")),
             local_file_key=metadata.get("local_file_key"),
+            document_field=metadata.get("document_field"),
+            bootstrap=bootstrap,
         )
+
+
+def _non_negative_int(metadata: dict[str, Any], key: str, default: int, task_name: str) -> int:
+    value = metadata.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"task {task_name}: metadata.{key} must be an integer >= 0, got {value!r}")
+    return value
 
 
 class PositionalKLTask(Task):
@@ -111,27 +150,39 @@ class PositionalKLTask(Task):
             metadata.get("add_bos_token"),
             bool(metadata.get("trust_remote_code", False)),
         )
-        if self._config.custom_dataset is not None:
-            text = self._config.custom_dataset(metadata=metadata)
-            source = getattr(self._config.custom_dataset, "__name__", "custom_dataset")
-        else:
-            text, source = load_task_text(
+        if self.settings.document_field is not None:
+            documents, source = load_task_documents(
                 dataset_path=self._config.dataset_path,
                 dataset_name=self._config.dataset_name,
                 split=self._config.test_split,
-                text_field=self.settings.text_field,
-                text_join=self.settings.text_join,
+                dataset_kwargs=self._config.dataset_kwargs,
+                document_field=self.settings.document_field,
                 local_file_key=self.settings.local_file_key,
                 metadata=metadata,
             )
-        sequences = split_into_sequences(tokenizer, text, self.settings.seq_len)
-        logger.info(
-            "%s: %d sequences of %d tokens from %s", self.task_name, len(sequences), self.settings.seq_len, source
-        )
+            sequences = document_sequences(tokenizer, documents, self.settings.seq_len)
+            unit = f"documents of up to {self.settings.seq_len} tokens"
+        else:
+            if self._config.custom_dataset is not None:
+                text = self._config.custom_dataset(metadata=metadata)
+                source = getattr(self._config.custom_dataset, "__name__", "custom_dataset")
+            else:
+                text, source = load_task_text(
+                    dataset_path=self._config.dataset_path,
+                    dataset_name=self._config.dataset_name,
+                    split=self._config.test_split,
+                    text_field=self.settings.text_field,
+                    text_join=self.settings.text_join,
+                    local_file_key=self.settings.local_file_key,
+                    metadata=metadata,
+                )
+            sequences = split_into_sequences(tokenizer, text, self.settings.seq_len)
+            unit = f"sequences of {self.settings.seq_len} tokens"
+        logger.info("%s: %d %s from %s", self.task_name, len(sequences), unit, source)
         return [
             {
                 "sequence": index,
-                "num_tokens": self.settings.seq_len,
+                "num_tokens": int(tokens.ids.shape[0]),
                 "token_ids": tokens,
                 "text": tokenizer.decode(tokens.ids, skip_special_tokens=True),
             }
@@ -180,22 +231,72 @@ class PositionalKLTask(Task):
         return positional.summarize_sequence(stats, self.settings.bucket_edges, self.settings.curve_stride)
 
     def metric_names(self) -> list[str]:
-        return ["kl", "kl_ref", "top1_agree", "ppl_ratio", *positional.bucket_metric_names(self.settings.bucket_edges)]
+        edges = self.settings.bucket_edges
+        return [
+            *SEQUENCE_METRICS,
+            *positional.bucket_metric_names(edges),
+            *positional.bucket_token_names(edges),
+        ]
 
     def aggregation(self) -> dict[str, Any]:
-        aggregations = {name: positional.mean_of_sums for name in self.metric_names()}
-        aggregations["kl"] = self._aggregate_kl
-        aggregations["ppl_ratio"] = positional.ppl_ratio
+        settings = self.settings.bootstrap
+        mean = statistics.mean_ratio
+        aggregations: dict[str, Any] = {
+            "kl": self._kl_aggregation(),
+            "kl_ci95_low": aggregation.BootstrappedMetric(aggregation.pair_columns, mean, settings, "ci95_low"),
+            "kl_ci95_high": aggregation.BootstrappedMetric(aggregation.pair_columns, mean, settings, "ci95_high"),
+            "kl_ref": aggregation.BootstrappedMetric(aggregation.pair_columns, mean, settings),
+            "js": aggregation.BootstrappedMetric(aggregation.pair_columns, mean, settings),
+            "top1_agree": aggregation.BootstrappedMetric(aggregation.pair_columns, mean, settings),
+            "ppl_ratio": positional.ppl_ratio,
+            "rms_dp": aggregation.root_mean_metric,
+            "kl_max": aggregation.max_metric,
+            "kl_slope": self._slope,
+            "kl_slope_ci95_low": self._slope_bound("ci95_low"),
+            "kl_slope_ci95_high": self._slope_bound("ci95_high"),
+            "kl_growth": aggregation.BootstrappedMetric(
+                aggregation.series_columns, aggregation.growth_from_data, settings, needs_data=True
+            ),
+        }
+        for name, quantile in positional.QUANTILES.items():
+            aggregations[name] = aggregation.quantile_metric(quantile)
+        for name in positional.bucket_metric_names(self.settings.bucket_edges):
+            aggregations[name] = aggregation.BootstrappedMetric(aggregation.bucket_columns, mean, settings)
+        for name in positional.bucket_token_names(self.settings.bucket_edges):
+            aggregations[name] = aggregation.sum_metric
         return aggregations
 
     def higher_is_better(self) -> dict[str, bool]:
         return {name: name == "top1_agree" for name in self.metric_names()}
 
-    def _aggregate_kl(self, items: list[dict[str, Any]]) -> float:
-        # The per-sequence kl values also carry the curve sums, so the mean curve is
-        # built here, from the values the harness gathered from every rank.
-        curve = positional.mean_curve(items, self.settings.curve_stride)
-        curve["seq_len"] = self.settings.seq_len
-        curve["bucket_edges"] = list(self.settings.bucket_edges)
-        curves.record(self.task_name, curve)
-        return positional.mean_of_sums([item["sum"], item["tokens"]] for item in items)
+    @property
+    def _slope(self) -> aggregation.BootstrappedMetric:
+        return self._slope_bound("value")
+
+    def _slope_bound(self, part: str) -> aggregation.BootstrappedMetric:
+        centres = aggregation.bucket_centres_in_thousands(self.settings.bucket_edges)
+        return aggregation.BootstrappedMetric(
+            aggregation.series_columns, statistics.slope_statistic(centres), self.settings.bootstrap, part
+        )
+
+    def _kl_aggregation(self) -> Any:
+        """Return the aggregation of ``kl``, which also records the curve file's contents."""
+        bootstrapped = aggregation.BootstrappedMetric(
+            aggregation.pair_columns, statistics.mean_ratio, self.settings.bootstrap
+        )
+
+        def aggregate_kl(items: list[dict[str, Any]]) -> float:
+            # The per-sequence kl values also carry the curve sums and the bucket summaries,
+            # so the curve file is built here, from the values the harness gathered from every rank.
+            curve = positional.mean_curve(items, self.settings.curve_stride)
+            curve["seq_len"] = self.settings.seq_len
+            curve["bucket_edges"] = list(self.settings.bucket_edges)
+            curve["buckets"] = aggregation.bucket_report(items, self.settings.bucket_edges, self.settings.bootstrap)
+            curve["bootstrap"] = {"iters": self.settings.bootstrap.iters, "seed": self.settings.bootstrap.seed}
+            curves.record(self.task_name, curve)
+            return positional.mean_of_sums([item["sum"], item["tokens"]] for item in items)
+
+        aggregate_kl.bootstrap_stderr = lambda items: bootstrapped.bootstrap_stderr(
+            [[item["sum"], item["tokens"]] for item in items]
+        )
+        return aggregate_kl

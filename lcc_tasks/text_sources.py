@@ -1,13 +1,16 @@
 """Text sources of the KL tasks: the Hugging Face hub, a local copy, or CPython's docs.
 
-A task with ``dataset_path`` reads a local plain-text copy when the user names one, and
-the hub otherwise. The file is named by the task metadata key that ``local_file_key`` gives
+A task with ``dataset_path`` reads a local copy when the user names one, and the hub
+otherwise. The local copy is named by the task metadata key that ``local_file_key`` gives
 (``--metadata wikitext_file=PATH`` on the command line, or a YAML override), or else by
-the environment variable ``LCC_<KEY>`` (``LCC_WIKITEXT_FILE``).
+the environment variable ``LCC_<KEY>`` (``LCC_WIKITEXT_FILE``). Corpus tasks (WikiText)
+read one text; document tasks (LongBench) read one document per row, from the hub or
+from a local JSONL file in LongBench's schema.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -40,27 +43,102 @@ def load_task_text(
         return read_local_text(local_file), f"local file {local_file}"
     if not dataset_path:
         raise TextSourceError("the task config names neither dataset_path nor custom_dataset")
+    hint = _local_file_hint(local_file_key, "a local plain-text copy")
+    texts = _hub_column(dataset_path, dataset_name, split, None, text_field, hint)
+    return text_join.join(texts), f"{dataset_path}/{dataset_name}:{split}"
+
+
+def load_task_documents(
+    *,
+    dataset_path: str | None,
+    dataset_name: str | None,
+    split: str | None,
+    dataset_kwargs: dict[str, Any] | None,
+    document_field: str,
+    local_file_key: str | None,
+    metadata: dict[str, Any],
+) -> tuple[list[str], str]:
+    """Return the documents of a document task, one string per row, and where they came from.
+
+    A local copy is a JSONL folder or file in LongBench's schema. In a folder, the task
+    reads ``<dataset_name>.jsonl``, as LongBench's own data files are named. In a single
+    file, it keeps the rows whose ``dataset`` field equals ``dataset_name``.
+    """
+    local = _named_local_file(local_file_key, metadata)
+    if local is not None:
+        if local.is_dir():
+            path = local / f"{dataset_name}.jsonl"
+            records = read_jsonl_records(path, document_field)
+        else:
+            records = [
+                record for record in read_jsonl_records(local, document_field) if record.get("dataset") == dataset_name
+            ]
+            path = local
+        if not records:
+            raise TextSourceError(
+                f"{path} has no rows with dataset={dataset_name!r}; a single local file must hold the rows of "
+                f"every task it serves, each with its config name in the 'dataset' field (as {dataset_name!r})"
+            )
+        return [record[document_field] for record in records], f"local file {path}"
+    if not dataset_path:
+        raise TextSourceError("the task config names no dataset_path")
+    hint = _local_file_hint(local_file_key, "a local JSONL file or folder")
+    documents = _hub_column(dataset_path, dataset_name, split, dataset_kwargs, document_field, hint)
+    return documents, f"{dataset_path}/{dataset_name}:{split}"
+
+
+def _hub_column(
+    dataset_path: str,
+    dataset_name: str | None,
+    split: str | None,
+    dataset_kwargs: dict[str, Any] | None,
+    column: str,
+    hint: str,
+) -> list[str]:
+    """Return one column of a Hugging Face dataset split; ``hint`` ends the error when the hub fails."""
     try:
         import datasets
 
-        rows = datasets.load_dataset(dataset_path, dataset_name, split=split)
+        rows = datasets.load_dataset(dataset_path, dataset_name, split=split, **(dataset_kwargs or {}))
     except Exception as error:  # noqa: BLE001 - any hub or cache failure leads to the same fix
-        hint = ""
-        if local_file_key:
-            hint = (
-                f" To use a local plain-text copy instead, name it with --metadata {local_file_key}=PATH "
-                f"(or 'metadata: {{{local_file_key}: PATH}}' in a task YAML that includes this one) "
-                f"or the environment variable {local_file_env_var(local_file_key)}=PATH."
-            )
         raise TextSourceError(
             f"could not load the Hugging Face dataset {dataset_path!r} (config {dataset_name!r}, split {split!r}): "
             f"{type(error).__name__}: {error}.{hint}"
         ) from error
-    if text_field not in rows.column_names:
-        raise TextSourceError(
-            f"the dataset {dataset_path!r} has no column {text_field!r}; its columns are {rows.column_names}"
-        )
-    return text_join.join(rows[text_field]), f"{dataset_path}/{dataset_name}:{split}"
+    if column not in rows.column_names:
+        raise TextSourceError(f"the dataset {dataset_path!r} has no column {column!r}; its columns are {rows.column_names}")
+    return list(rows[column])
+
+
+def read_jsonl_records(path: Path, required_field: str) -> list[dict[str, Any]]:
+    """Read a JSON Lines file whose every non-empty line is an object with a string ``required_field``."""
+    if not path.is_file():
+        raise TextSourceError(f"the local JSONL file {path} does not exist or is not a file")
+    records = []
+    with path.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise TextSourceError(f"{path}, line {line_number}: invalid JSON ({error.msg})") from error
+            if not isinstance(record, dict) or not isinstance(record.get(required_field), str):
+                raise TextSourceError(
+                    f"{path}, line {line_number}: expected a JSON object with a string field {required_field!r}"
+                )
+            records.append(record)
+    return records
+
+
+def _local_file_hint(local_file_key: str | None, what: str) -> str:
+    if not local_file_key:
+        return ""
+    return (
+        f" To use {what} instead, name it with --metadata {local_file_key}=PATH "
+        f"(or 'metadata: {{{local_file_key}: PATH}}' in a task YAML that includes this one) "
+        f"or the environment variable {local_file_env_var(local_file_key)}=PATH."
+    )
 
 
 def _named_local_file(local_file_key: str | None, metadata: dict[str, Any]) -> Path | None:

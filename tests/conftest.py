@@ -125,3 +125,11 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def long_context_model_dir(tmp_path_factory, demo_tokenizer) -> Path:
+    """A random tiny LLaMA with the embedded tokenizer that accepts 32,768 positions."""
+    return save_tiny_llama(
+        tmp_path_factory.mktemp("tiny-llama-32k"), demo_tokenizer, max_position_embeddings=32768
+    )

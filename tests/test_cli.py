@@ -72,7 +72,8 @@ def test_cli_wikitext_kl_end_to_end(tiny_llama2_dir, wikitext_file, tmp_path):
     assert len(sample_files) == 1
     samples = [json.loads(line) for line in sample_files[0].read_text().splitlines()]
     assert len(samples) == 2
-    assert samples[0]["kl_pos_0_512"][1] == 512
+    assert samples[0]["kl_pos_0_512"]["tokens"] == 512
+    assert samples[0]["tokens_pos_0_512"] == 512
     assert "TokenSequence(num_tokens=4096" in json.dumps(samples[0]["doc"])
 
 
@@ -135,3 +136,53 @@ def test_cli_compression_methods(run, calibration_text, tmp_path):
     assert results["results"]["lcc_demo_kl"]["kl,none"] > 0
     spec = results["config"]["compression"]["spec"]
     assert spec["order"] == order
+
+
+def test_cli_lcc_kl_group(long_context_model_dir, tmp_path):
+    """The top group runs WikiText and every LongBench subset from local files."""
+    import importlib.util
+
+    from lcc_tasks.text_sources import python_documentation
+
+    spec = importlib.util.spec_from_file_location(
+        "generate_longbench_configs", Path(__file__).resolve().parent.parent / "scripts" / "generate_longbench_configs.py"
+    )
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    configs = [*generator.ENGLISH_SUBSETS, *(f"{subset}_e" for subset in generator.E_SUBSETS)]
+    longbench_file = tmp_path / "longbench.jsonl"
+    rows = [
+        {"context": f"Document of {config}. " * 60, "input": "?", "answers": [""], "length": 180,
+         "dataset": config, "language": "en", "_id": config}
+        for config in configs
+    ]
+    longbench_file.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    # Any text of more than 32k tokens serves as the local WikiText copy here.
+    wikitext_file = tmp_path / "wiki.test.raw"
+    wikitext_file.write_text(python_documentation(), encoding="utf-8")
+
+    output = tmp_path / "results"
+    command = [
+        *lm_eval_command(),
+        "--model", "lcc_compressed",
+        "--model_args", f"pretrained={long_context_model_dir},dtype=float32,w_bits=3",
+        "--tasks", "lcc_kl",
+        "--limit", "1",
+        "--device", "cpu",
+        "--output_path", str(output),
+        "--metadata", json.dumps({"wikitext_file": str(wikitext_file), "longbench_file": str(longbench_file)}),
+    ]
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    completed = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=1200, cwd=tmp_path)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+
+    results = json.loads(next(output.rglob("results_*.json")).read_text())
+    task_results = results["results"]
+    kl_tasks = [name for name in task_results if name.startswith(("wikitext_kl_", "longbench_kl_", "longbench_e_kl_"))]
+    assert len([name for name in kl_tasks if name.startswith("wikitext_kl_")]) == 4
+    assert len([name for name in kl_tasks if name.startswith("longbench_kl_") and name[-1] == "k"]) >= 48
+    assert task_results["wikitext_kl_32k"]["kl,none"] > 0
+    assert "kl_slope,none" in task_results["wikitext_kl_32k"]
+    assert task_results["longbench_kl_qasper_32k"]["tokens_pos_0_4096,none"] > 0
+    # The results table shows the slope with its stderr.
+    assert "kl_slope" in completed.stdout

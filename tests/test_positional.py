@@ -9,7 +9,7 @@ import pytest
 from lcc_tasks import positional
 
 
-def stats_from(kl, kl_ref=None, top1=None, nll=None, nll_ref=None):
+def stats_from(kl, kl_ref=None, top1=None, nll=None, nll_ref=None, js=None):
     kl = np.asarray(kl, dtype=np.float32)
     zeros = np.zeros_like(kl)
     return SimpleNamespace(
@@ -18,7 +18,12 @@ def stats_from(kl, kl_ref=None, top1=None, nll=None, nll_ref=None):
         top1_agree=np.ones_like(kl) if top1 is None else np.asarray(top1, dtype=np.float32),
         nll=zeros if nll is None else np.asarray(nll, dtype=np.float32),
         nll_ref=zeros if nll_ref is None else np.asarray(nll_ref, dtype=np.float32),
+        js=zeros if js is None else np.asarray(js, dtype=np.float32),
     )
+
+
+def bucket_pair(value):
+    return [value["sum"], value["tokens"]]
 
 
 def test_bucket_edges_equal_width():
@@ -50,8 +55,10 @@ def test_summarize_sequence_assigns_buckets():
     stats = stats_from(kl=[1, 2, 3, 4, 10, 20, 30], top1=[1, 0, 1, 1, 0, 0, 1], nll=[1] * 7, nll_ref=[0.5] * 7)
     values = positional.summarize_sequence(stats, [0, 4, 8], curve_stride=2)
 
-    assert values["kl_pos_0_4"] == [10.0, 4]
-    assert values["kl_pos_4_8"] == [60.0, 3]
+    assert values["kl_pos_0_4"] == {"kl": 2.5, "tokens": 4, "sum": 10.0}
+    assert values["kl_pos_4_8"] == {"kl": 20.0, "tokens": 3, "sum": 60.0}
+    assert values["tokens_pos_0_4"] == 4
+    assert values["tokens_pos_4_8"] == 3
     assert values["kl"]["sum"] == 70.0
     assert values["kl"]["tokens"] == 7
     assert values["top1_agree"] == [4.0, 7]
@@ -68,9 +75,11 @@ def test_aggregation_is_token_weighted():
     kl = positional.mean_of_sums([[item["kl"]["sum"], item["kl"]["tokens"]] for item in (long_sequence, short_sequence)])
     assert kl == pytest.approx(1.9)
     # The short sequence never reaches the second bucket, which averages the long one alone.
-    assert short_sequence["kl_pos_4_8"] == [0.0, 0]
-    assert positional.mean_of_sums([long_sequence["kl_pos_4_8"], short_sequence["kl_pos_4_8"]]) == pytest.approx(1.0)
-    assert positional.mean_of_sums([long_sequence["kl_pos_0_4"], short_sequence["kl_pos_0_4"]]) == pytest.approx(16 / 7)
+    assert short_sequence["kl_pos_4_8"] == {"kl": None, "tokens": 0, "sum": 0.0}
+    second_bucket = [bucket_pair(long_sequence["kl_pos_4_8"]), bucket_pair(short_sequence["kl_pos_4_8"])]
+    first_bucket = [bucket_pair(long_sequence["kl_pos_0_4"]), bucket_pair(short_sequence["kl_pos_0_4"])]
+    assert positional.mean_of_sums(second_bucket) == pytest.approx(1.0)
+    assert positional.mean_of_sums(first_bucket) == pytest.approx(16 / 7)
 
 
 def test_mean_of_sums_without_tokens_is_nan():

@@ -21,7 +21,6 @@ window starts with BOS when the tokenizer adds one.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from torch import nn
 from lcc_models.compression.base import FEATURE_NORMS, HESSIAN, LayerStatistics
 from lcc_models.compression.layers import CompressedLinear
 from lcc_tasks.sequences import tokenizer_adds_bos
+from lcc_tasks.text_sources import TextSourceError, read_jsonl_records
 
 logger = logging.getLogger(__name__)
 
@@ -83,21 +83,10 @@ def _hub_documents(source: str) -> list[str]:
 
 
 def _jsonl_documents(path: Path) -> list[str]:
-    documents = []
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise CalibrationDataError(f"{path}, line {line_number}: invalid JSON ({error.msg})") from error
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise CalibrationDataError(
-                    f"{path}, line {line_number}: expected a JSON object with a string field 'text'"
-                )
-            documents.append(record["text"])
-    return documents
+    try:
+        return [record["text"] for record in read_jsonl_records(path, "text")]
+    except TextSourceError as error:
+        raise CalibrationDataError(str(error)) from error
 
 
 def calibration_tokens(
