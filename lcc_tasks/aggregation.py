@@ -39,10 +39,15 @@ def pair_columns(items: list[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def bucket_columns(items: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
-    """Return sums and tokens [documents, 1] from per-document bucket values ``{"sum", "tokens", ...}``."""
+    """Return sums and tokens [documents, 1] of the documents that reach a bucket, from ``{"sum", "tokens", ...}``.
+
+    Documents that do not reach the bucket are left out, so its bootstrap resamples only
+    the documents behind its value, as the curve file's per-bucket intervals do.
+    """
+    reached = [item for item in items if item["tokens"] > 0]
     return (
-        np.asarray([[item["sum"]] for item in items], dtype=np.float64).reshape(-1, 1),
-        np.asarray([[item["tokens"]] for item in items], dtype=np.float64).reshape(-1, 1),
+        np.asarray([[item["sum"]] for item in reached], dtype=np.float64).reshape(-1, 1),
+        np.asarray([[item["tokens"]] for item in reached], dtype=np.float64).reshape(-1, 1),
     )
 
 
@@ -76,6 +81,9 @@ class BootstrappedMetric:
         # With needs_data, ``statistic`` is a factory that picks its form from all documents' columns.
         self.needs_data = needs_data
         self.__name__ = f"lcc_bootstrapped_{part}"
+        if part == "value":
+            # Only the statistic itself gets a stderr column; an interval bound is not an estimate of its own.
+            self.bootstrap_stderr = self._stderr
 
     def result(self, items: list[Any]) -> statistics.BootstrapResult:
         sums, tokens = self.columns(items)
@@ -88,8 +96,13 @@ class BootstrappedMetric:
         result = self.result(items)
         return {"value": result.value, "ci95_low": result.ci_low, "ci95_high": result.ci_high}[self.part]
 
-    def bootstrap_stderr(self, items: list[Any]) -> float:
-        return self.result(items).stderr
+    def _stderr(self, items: list[Any]) -> float | str:
+        return stderr_or_missing(self.result(items).stderr)
+
+
+def stderr_or_missing(stderr: float) -> float | str:
+    """Return ``stderr``, or the harness's "N/A" when there is none (fewer than two documents)."""
+    return stderr if math.isfinite(stderr) else "N/A"
 
 
 def growth_from_data(sums: np.ndarray, tokens: np.ndarray) -> statistics.Statistic:

@@ -83,6 +83,7 @@ def summarize_sequence(stats: Any, edges: Sequence[int], curve_stride: int) -> d
 
     values: dict[str, Any] = {
         "kl": {
+            "mean": whole["kl_sum"] / positions if positions else None,
             "sum": whole["kl_sum"],
             "tokens": positions,
             "curve": _curve_sums(arrays, curve_stride),

@@ -68,6 +68,12 @@ def load_task_documents(
     if local is not None:
         if local.is_dir():
             path = local / f"{dataset_name}.jsonl"
+            if not path.is_file():
+                raise TextSourceError(
+                    f"{path} does not exist: a folder named by {local_file_key} must hold a <subset>.jsonl file "
+                    f"for every task that runs (here {dataset_name}.jsonl), as LongBench's own data files are named. "
+                    "Alternatively, name one JSONL file whose 'dataset' field gives each row's subset"
+                )
             records = read_jsonl_records(path, document_field)
         else:
             records = [

@@ -95,6 +95,14 @@ def test_longbench_task_statistics(long_context_model_dir, longbench_file, task_
     assert buckets[0]["kl_ci95_low"] <= buckets[0]["kl"] <= buckets[0]["kl_ci95_high"]
     assert buckets[0]["kl_median"] <= buckets[0]["kl_max"]
 
+    # The results and the curve file bootstrap a bucket over the same documents; one
+    # document alone has no stderr, and interval bounds have none of their own.
+    second = f"kl_pos_{BUCKET_WIDTH}_{2 * BUCKET_WIDTH}"
+    assert metrics[f"{second}_stderr,none"] == pytest.approx(buckets[1]["kl_stderr"])
+    assert metrics[f"kl_pos_{8192 - BUCKET_WIDTH}_8192_stderr,none"] == "N/A"
+    assert metrics["kl_ci95_low_stderr,none"] == "N/A"
+    assert only_long["kl"]["mean"] == pytest.approx(only_long["kl"]["sum"] / 8191)
+
 
 def test_longbench_e_reads_its_own_rows(long_context_model_dir, longbench_file, task_manager_factory):
     manager = task_manager_factory(pretrained=str(long_context_model_dir), longbench_file=str(longbench_file))
