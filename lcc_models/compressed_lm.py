@@ -81,10 +81,10 @@ class CompressedHFLM(HFLM):
         spec, hf_kwargs = CompressionSpec.from_model_args(kwargs)
         self.kl_chunk_size = parse_positive_int("kl_chunk_size", kl_chunk_size)
         pretrained = resolve_pretrained(pretrained)
-        _reject_unknown_keys(hf_kwargs, pretrained)
         # Every check that needs no weights runs here, so that bad input fails in seconds
         # rather than after a 7B checkpoint has loaded.
         config = _load_config(pretrained, hf_kwargs)
+        _reject_unknown_keys(hf_kwargs, config)
         if spec.enabled and config is not None:
             _check_structure_before_loading(spec, pretrained, config, hf_kwargs)
         tokens = None
@@ -302,7 +302,7 @@ def _check_calibration_length(spec: CompressionSpec, config: transformers.Pretra
         )
 
 
-def _reject_unknown_keys(hf_kwargs: dict[str, Any], pretrained: Any) -> None:
+def _reject_unknown_keys(hf_kwargs: dict[str, Any], config: transformers.PretrainedConfig | None) -> None:
     """Raise ``ModelArgumentError`` for a key that is neither an lcc key, an argument of --model hf, nor a config attribute."""
     hf_parameters = set(inspect.signature(HFLM.__init__).parameters) - {"self", "kwargs"}
     known = hf_parameters | set(LCC_KEYS) | set(FROM_PRETRAINED_KEYS)
@@ -312,7 +312,6 @@ def _reject_unknown_keys(hf_kwargs: dict[str, Any], pretrained: Any) -> None:
 
     # Anything else --model hf would forward to from_pretrained, where keys that name a
     # config attribute (rope_scaling=..., say) override the config; others are errors.
-    config = _load_config(pretrained, hf_kwargs)
     config_keys = set(config.to_dict()) if config is not None else set()
     unknown = [key for key in unknown if key not in config_keys]
     if not unknown:

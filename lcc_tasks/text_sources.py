@@ -44,7 +44,7 @@ def load_task_text(
     if not dataset_path:
         raise TextSourceError("the task config names neither dataset_path nor custom_dataset")
     hint = _local_file_hint(local_file_key, "a local plain-text copy")
-    texts = _hub_column(dataset_path, dataset_name, split, None, text_field, hint)
+    texts = hub_column(dataset_path, dataset_name, split, None, text_field, hint)
     return text_join.join(texts), f"{dataset_path}/{dataset_name}:{split}"
 
 
@@ -89,11 +89,11 @@ def load_task_documents(
     if not dataset_path:
         raise TextSourceError("the task config names no dataset_path")
     hint = _local_file_hint(local_file_key, "a local JSONL file or folder")
-    documents = _hub_column(dataset_path, dataset_name, split, dataset_kwargs, document_field, hint)
+    documents = hub_column(dataset_path, dataset_name, split, dataset_kwargs, document_field, hint)
     return documents, f"{dataset_path}/{dataset_name}:{split}"
 
 
-def _hub_column(
+def hub_column(
     dataset_path: str,
     dataset_name: str | None,
     split: str | None,
@@ -137,11 +137,11 @@ def read_jsonl_records(path: Path, required_field: str) -> list[dict[str, Any]]:
     return records
 
 
-def _local_file_hint(local_file_key: str | None, what: str) -> str:
+def _local_file_hint(local_file_key: str | None, alternative: str) -> str:
     if not local_file_key:
         return ""
     return (
-        f" To use {what} instead, name it with --metadata {local_file_key}=PATH "
+        f" To use {alternative} instead, name it with --metadata {local_file_key}=PATH "
         f"(or 'metadata: {{{local_file_key}: PATH}}' in a task YAML that includes this one) "
         f"or the environment variable {local_file_env_var(local_file_key)}=PATH."
     )

@@ -12,7 +12,7 @@ memory at a time: nsamples x seqlen x hidden values, 2 GB in bf16 for the defaul
 4096-wide model.
 
 Sources: ``c4`` is the first shard of allenai/c4 (English), the calibration set of Wanda
-and SparseGPT; ``wikitext`` is the WikiText-2 raw train split; any other value is a local
+and SparseGPT. ``wikitext`` is the WikiText-2 raw train split. Any other value is a local
 file, read as JSON Lines with a ``text`` field when its name ends in .jsonl (or .json),
 and as plain text otherwise. Documents are shuffled with ``seed``, tokenized, concatenated
 and cut into non-overlapping windows, of which ``nsamples`` are drawn with ``seed``. Each
@@ -33,7 +33,7 @@ from torch import nn
 from lcc_models.compression.base import FEATURE_NORMS, HESSIAN, LayerStatistics
 from lcc_models.compression.layers import CompressedLinear
 from lcc_tasks.sequences import tokenizer_adds_bos
-from lcc_tasks.text_sources import TextSourceError, read_jsonl_records
+from lcc_tasks.text_sources import TextSourceError, hub_column, read_jsonl_records, read_local_text
 
 logger = logging.getLogger(__name__)
 
@@ -54,39 +54,27 @@ class CalibrationDataError(ValueError):
 
 def read_documents(source: str) -> list[str]:
     """Return the documents of ``source``: a hub dataset name or a local file."""
-    if source in HUB_SOURCES:
-        return _hub_documents(source)
-    path = Path(source)
-    if path.suffix.lower() in (".jsonl", ".json"):
-        return _jsonl_documents(path)
-    with path.open(encoding="utf-8") as handle:
-        return [handle.read()]
+    try:
+        if source in HUB_SOURCES:
+            return _hub_documents(source)
+        path = Path(source)
+        if path.suffix.lower() in (".jsonl", ".json"):
+            return [record["text"] for record in read_jsonl_records(path, "text")]
+        return [read_local_text(path)]
+    except TextSourceError as error:
+        raise CalibrationDataError(str(error)) from error
 
 
 def _hub_documents(source: str) -> list[str]:
     settings = HUB_SOURCES[source]
-    try:
-        import datasets
-
-        rows = datasets.load_dataset(
-            settings["path"], settings["name"], data_files=settings["data_files"], split=settings["split"]
-        )
-    except Exception as error:  # noqa: BLE001 - any hub or cache failure leads to the same fix
-        raise CalibrationDataError(
-            f"could not load the calibration dataset calib_data={source} ({settings['path']}): "
-            f"{type(error).__name__}: {error}. Without access to the Hugging Face hub, pass "
-            "calib_data=<local file>: a plain-text file, or a JSONL file with a 'text' field per line."
-        ) from error
-    texts = rows["text"]
-    # WikiText rows are lines of one corpus; C4 rows are separate web documents.
-    return ["\n\n".join(texts)] if source == "wikitext" else list(texts)
-
-
-def _jsonl_documents(path: Path) -> list[str]:
-    try:
-        return [record["text"] for record in read_jsonl_records(path, "text")]
-    except TextSourceError as error:
-        raise CalibrationDataError(str(error)) from error
+    hint = (
+        f" calib_data={source} needs the Hugging Face hub. Without access to it, pass "
+        "calib_data=<local file>: a plain-text file, or a JSONL file with a 'text' field per line."
+    )
+    data_files = {"data_files": settings["data_files"]} if settings["data_files"] else None
+    texts = hub_column(settings["path"], settings["name"], settings["split"], data_files, "text", hint)
+    # WikiText rows are lines of one corpus. C4 rows are separate web documents.
+    return ["\n\n".join(texts)] if source == "wikitext" else texts
 
 
 def calibration_tokens(

@@ -126,13 +126,16 @@ def _matches(layer: TargetLayer, pattern: str) -> bool:
     return layer.layer_type == pattern
 
 
-def check_structure(model: nn.Module, spec: CompressionSpec) -> list[TargetLayer]:
+def check_structure(
+    model: nn.Module, spec: CompressionSpec, methods: list[CompressionMethod] | None = None
+) -> list[TargetLayer]:
     """Run every check of ``spec`` that needs only the model's modules, and return the target layers.
 
     The weights may be on the meta device, so ``CompressedHFLM`` runs this on a model built
-    from the config before it loads any weight.
+    from the config before it loads any weight. ``methods`` defaults to ``build_methods(spec)``.
     """
-    methods = build_methods(spec)
+    if methods is None:
+        methods = build_methods(spec)
     # KV-cache methods alone leave every linear layer as it is.
     targets = select_targets(model, spec.targets) if methods else []
     for method in methods:
@@ -159,7 +162,7 @@ def compress_model(
     seqlen] are required when a method reads activations (``spec.needs_calibration``).
     """
     methods = build_methods(spec)
-    targets = check_structure(model, spec)
+    targets = check_structure(model, spec, methods)
     needs = {statistic for method in methods for statistic in method.statistics}
     if needs and calibration_tokens is None:
         raise ValueError(f"{', '.join(spec.steps())} needs calibration_tokens, but none were given")
