@@ -314,9 +314,9 @@ def _n_of_m(key: str, value: Any) -> tuple[int, int]:
     text = str(value).strip()
     parts = text.split(":")
     if len(parts) == 2 and all(part.isdigit() for part in parts):
-        kept, group = int(parts[0]), int(parts[1])
-        if 0 < kept < group:
-            return kept, group
+        num_kept, group_size = int(parts[0]), int(parts[1])
+        if 0 < num_kept < group_size:
+            return num_kept, group_size
     raise ModelArgumentError(
         f"invalid {key}={value!r}: accepted values are N:M with integers 0 < N < M, such as 2:4 "
         "(at most N non-zero weights in every M consecutive input weights of a row)"

@@ -126,7 +126,7 @@ def save_curves_with_results(tracker_module: ModuleType) -> None:
 def use_bootstrap_stderr(evaluator_utils_module: ModuleType) -> None:
     """Let the harness report the document-level bootstrap stderr of lcc's KL aggregations.
 
-    The harness computes a metric's stderr only for aggregation functions it knows. An
+    The harness computes a metric's stderr only for the aggregation functions on its own list. An
     lcc aggregation that has a ``bootstrap_stderr(items)`` method gets it from there; a
     harness ``--bootstrap_iters 0`` still turns every stderr off.
     """

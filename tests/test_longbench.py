@@ -95,8 +95,8 @@ def test_longbench_task_statistics(long_context_model_dir, longbench_file, task_
     assert buckets[0]["kl_ci95_low"] <= buckets[0]["kl"] <= buckets[0]["kl_ci95_high"]
     assert buckets[0]["kl_median"] <= buckets[0]["kl_max"]
 
-    # The results and the curve file bootstrap a bucket over the same documents; one
-    # document alone has no stderr, and interval bounds have none of their own.
+    # The results and the curve file bootstrap a bucket over the same documents. One
+    # document alone has no stderr, and interval bounds have no stderr of their own.
     second = f"kl_pos_{BUCKET_WIDTH}_{2 * BUCKET_WIDTH}"
     assert metrics[f"{second}_stderr,none"] == pytest.approx(buckets[1]["kl_stderr"])
     assert metrics[f"kl_pos_{8192 - BUCKET_WIDTH}_8192_stderr,none"] == "N/A"

@@ -1,4 +1,4 @@
-"""Bootstrap intervals, per-token quantiles, slope and growth, on synthetic data with known answers."""
+"""Bootstrap intervals, per-token quantiles, slope and growth, on synthetic data with known true values."""
 
 import math
 
